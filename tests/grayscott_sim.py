@@ -16,8 +16,9 @@ u = 1, v = 0 with a 20 x 20 centre square at u = 0.5, v = 0.25, all plus uniform
 of +-0.1 clipped to [0, 1]. Many runs are stepped together as one float32 array.
 
 - demo: 11 f x 10 k = 110 movies, 48 frames each at 64 x 64 (block means of the
-  128 x 128 grid), about 6 MB in all, so full 256 grey levels fit under the 15 MB cap.
-  Remade from scratch each time.
+  128 x 128 grid), so full 256 grey levels fit under the 15 MB cap. For each f the
+  10 k values cross the diagonal band of the (f, k) plane where patterns form (a
+  plain grid left three runs in four blank). Remade from scratch each time.
 - labelled: 3 runs of every point of a classes CSV (class,f,k,...) with f <= 0.07 at
   full size (129 frames of 128 x 128) plus labels.csv; a run whose last frame is flat
   is labelled 'uniform'. A cache: existing GIFs are kept.
@@ -64,7 +65,8 @@ GREY_PALETTE = bytes(np.repeat(np.arange(256, dtype=np.uint8), 3))  # index i = 
 
 # --- demo set
 DEMO_F = (0.010, 0.070, 11)  # f values: first, last, count
-DEMO_K = (0.040, 0.070, 10)  # k values: first, last, count (rounded to 4 decimals)
+DEMO_K = (0.040, 0.070, 10)  # k range and count per f value (rounded to 4 decimals)
+DEMO_BAND = (0.042, 0.755, -5.42, 0.007)  # k centre = a + b f + c f^2; half-width
 DEMO_FRAME_EVERY = 212  # 10,000 steps give 48 frames (steps 0, 212, ..., 9964)
 DEMO_OUT_SIZE = 64  # frame side in the GIFs, pixels (block means of the grid)
 DEMO_MAX_BYTES = 15_000_000  # the whole demo folder must stay below this
@@ -267,6 +269,14 @@ def is_uniform(frame, max_range=UNIFORM_RANGE):
     return int(frame.max()) - int(frame.min()) < max_range
 
 
+def demo_k_values(f):
+    """k values for one f, across the band where patterns form (the rest is blank)."""
+    a, b, c, half = DEMO_BAND  # fitted by eye to where a plain grid showed patterns
+    low, high, count = DEMO_K
+    centre = min(max(a + b * f + c * f * f, low + half), high - half)
+    return np.linspace(centre - half, centre + half, count)
+
+
 def make_demo_set(out_dir, workers=None):
     """Simulate the demo grid of f and k and write its GIFs; return their paths."""
     out_dir = Path(out_dir)
@@ -274,7 +284,7 @@ def make_demo_set(out_dir, workers=None):
     points = [
         (round(float(f), 4), round(float(k), 4))
         for f in np.linspace(*DEMO_F)
-        for k in np.linspace(*DEMO_K)
+        for k in demo_k_values(f)
     ]
     fs, ks = [f for f, _ in points], [k for _, k in points]
     seeds = [run_seed(f, k, 0) for f, k in points]
