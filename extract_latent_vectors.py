@@ -24,6 +24,7 @@ Usage:
 import argparse
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import logging
@@ -40,15 +41,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 import torch.nn.functional as F
 from PIL import Image, ImageSequence
 from tqdm import tqdm
 
 try:  # file locks keep two runs on one folder apart; Windows has no fcntl
     import fcntl
+    import resource
 except ImportError:  # pragma: no cover
-    fcntl = None
+    fcntl = resource = None
 
 # --- data: where the movies are and how each becomes a tensor --------------------
 GIF_DIR = "gif"  # folder of GrayScott-f0.0580-k0.0680-00.gif files, relative to cwd
@@ -122,6 +124,12 @@ def parse_f_k(name):
     return float(match.group(1)), float(match.group(2))
 
 
+def parse_f_k_or_nan(name):
+    """(f, k) from a file name, NaN where the name holds none."""
+    f, k = parse_f_k(name)
+    return (np.nan, np.nan) if f is None else (f, k)
+
+
 def frame_indices(n_frames, max_frames):
     """max_frames indices evenly spread from the first frame to the last."""
     # a short movie repeats frames in time order rather than padding with blanks
@@ -150,6 +158,13 @@ def check_gif_header(path):
 
 def frame_to_grey(frame, frame_size):
     """One composited GIF frame as a frame_size x frame_size uint8 grey image."""
+    if frame.width * frame.height > MAX_CANVAS_PIXELS:
+        # a frame larger than the canvas grows it; Pillow allocates only on load
+        raise GifError(
+            f"a frame grows the canvas to {frame.width}x{frame.height} pixels, over "
+            f"the limit of {MAX_CANVAS_PIXELS:,} (a decompression bomb?); refused "
+            "before decoding"
+        )
     if frame.mode in ("RGBA", "LA", "PA") or "transparency" in frame.info:
         # what is still transparent shows the background, which is u = 1 (white)
         rgba = frame.convert("RGBA")
@@ -174,18 +189,30 @@ def read_movie(path, max_frames=MAX_FRAMES, frame_size=FRAME_SIZE):
         with Image.open(path) as gif:
             if gif.format != "GIF":
                 raise GifError(f"Pillow reads it as {gif.format}, not GIF")
-            return _read_frames(gif, max_frames, frame_size)
+            movie, note = _read_frames(gif, max_frames, frame_size)
+            if note is None and not _ends_with_trailer(path):
+                # cut between frames: what is left decodes cleanly, but is short
+                note = (f"the file ends without the GIF trailer, so it may be cut "
+                        f"short; using the {gif.n_frames} frames it holds")
+            return movie, note
     except GifError:
         raise
     except Exception as exc:  # Pillow raises many types for broken files
         raise GifError(f"cannot decode it ({type(exc).__name__}: {exc})") from exc
 
 
+def _ends_with_trailer(path):
+    """Whether the file ends with the GIF trailer byte, as a complete GIF does."""
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b";"
+
+
 def _read_frames(gif, max_frames, frame_size):
     """Pick evenly spread frames; fall back to the readable ones of a cut-off file."""
     try:
         n_frames = gif.n_frames
-    except Exception:  # the frame count itself breaks on a file cut short
+    except Exception:  # noqa: BLE001 -- counting breaks on a file cut short
         n_frames = None
     if n_frames:
         wanted = frame_indices(n_frames, max_frames)
@@ -197,10 +224,11 @@ def _read_frames(gif, max_frames, frame_size):
                 if index >= wanted[-1]:
                     break
             return np.stack([picked[i] for i in wanted]), None
-        except (OSError, EOFError, SyntaxError, KeyError, ValueError):
+        except (OSError, EOFError, SyntaxError, IndexError, KeyError, ValueError):
             pass  # damaged frame: read again, keeping what comes before it
     frames = []
-    with contextlib.suppress(OSError, EOFError, SyntaxError, ValueError):
+    with contextlib.suppress(OSError, EOFError, SyntaxError, IndexError, KeyError,
+                             ValueError):
         for frame in ImageSequence.Iterator(gif):
             frames.append(frame_to_grey(frame, frame_size))
     if not frames:
@@ -223,8 +251,11 @@ def _decode_task(task):
 
 
 def _ignore_sigint():
-    """Let the main process alone handle Ctrl-C."""
+    """Let the main process alone handle Ctrl-C; SIGTERM simply ends a worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # inherited from main(), its handler would print a traceback per worker
+    # whenever the pool is terminated, which happens at the end of every run
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def decode_pool():
@@ -273,9 +304,10 @@ class PeriodicConv3d(nn.Conv3d):
         self.space_pad = ((kw - sw + 1) // 2, (kw - sw) // 2,
                           (kh - sh + 1) // 2, (kh - sh) // 2, 0, 0)
         self.time_pad = (0, 0, 0, 0, (kt - st + 1) // 2, (kt - st) // 2)
+        self.space_mode = "circular"
 
     def forward(self, x):
-        x = F.pad(x, self.space_pad, mode="circular")
+        x = F.pad(x, self.space_pad, mode=self.space_mode)
         return super().forward(F.pad(x, self.time_pad))
 
 
@@ -437,7 +469,11 @@ def save_checkpoint(path, model, settings, history, args, n_gifs):
                      "learning_rate": args.learning_rate, "seed": args.seed,
                      "gifs": n_gifs},
     }
-    atomic_write(path, lambda fh: torch.save(checkpoint, fh))
+    # serialised in memory first: torch.save turns a failed write (a full disk)
+    # into a RuntimeError, which atomic_write would not report as a write error
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write(path, lambda fh: fh.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path, settings):
@@ -448,10 +484,19 @@ def load_checkpoint(path, settings):
         saved = checkpoint["settings"]
         state = checkpoint["model"]
     except Exception as exc:
+        text = str(exc)
+        detail = text.splitlines()[0] if text else "the file is empty or cut short"
+        # torch's own advice (load with weights_only=False) is what must not happen
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            detail = (f"it holds a pickled Python object ({found.group(1)}) besides "
+                      "weights, which could run code, so it was not loaded")
+        elif "Weights only load failed" in text:
+            detail = "the file is damaged, or is not a PyTorch model"
         raise UserError(
             f"{path} is not a model this tool can read ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Move it "
-            "away, or pass --retrain to train a new one in its place."
+            f"{detail}). Move it away, or pass --retrain to train a new one in its "
+            "place."
         ) from exc
     differences = [
         f"{key}: model has {saved.get(key)!r}, this run asks for {value!r}"
@@ -480,6 +525,8 @@ def load_checkpoint(path, settings):
 def encode_movies(model, movies, device):
     """Latent vectors (gifs, latent_dim) of uint8 movies, in fixed-size batches."""
     model.eval()
+    if len(movies) == 0:  # a chunk of GIFs that were all unreadable
+        return np.zeros((0, model.to_latent.out_features), np.float32)
     latents = [
         model.encode(to_batch(movies[start:start + ENCODE_BATCH], device)).cpu()
         for start in range(0, len(movies), ENCODE_BATCH)
@@ -500,7 +547,7 @@ def load_cache(path, model_hash):
             if str(cache["model_hash"]) != model_hash:
                 return {}
             return dict(zip(cache["stamps"].tolist(), cache["latents"]))
-    except Exception:  # a missing or unreadable cache only costs time
+    except Exception:  # noqa: BLE001 -- a missing or broken cache only costs time
         return {}
 
 
@@ -512,7 +559,7 @@ def save_cache(path, model_hash, stamps, latents):
     atomic_write(path, write)
 
 
-def encode_gif_files(model, paths, args, device, pool, cache):
+def encode_gif_files(model, paths, args, device, pool, cache, clock):
     """Latents of GIF files, decoded chunk by chunk so memory stays bounded."""
     kept, latents, missing = [], [], []
     for path in paths:
@@ -526,10 +573,12 @@ def encode_gif_files(model, paths, args, device, pool, cache):
         log.info("encoding %d GIFs not seen by this model before (%d from cache)",
                  len(missing), len(kept))
     for start in range(0, len(missing), DECODE_CHUNK):
-        movies, done = decode_movies(missing[start:start + DECODE_CHUNK],
-                                     args.max_frames, args.frame_size, pool)
+        with clock("decode"):
+            movies, done = decode_movies(missing[start:start + DECODE_CHUNK],
+                                         args.max_frames, args.frame_size, pool)
+        with clock("encode"):
+            latents.extend(encode_movies(model, movies, device))
         kept.extend(done)
-        latents.extend(encode_movies(model, movies, device))
     order = np.argsort([p.name for p in kept], kind="stable")
     return [kept[i] for i in order], np.array(latents, np.float32)[order]
 
@@ -844,7 +893,7 @@ def folder_lock(gif_dir):
         return
     path = gif_dir / LOCK_FILE
     try:
-        handle = open(path, "a+")
+        handle = open(path, "a+")  # noqa: SIM115 -- held open until the run ends
     except OSError as exc:
         raise UserError(f"cannot write in {gif_dir}: {exc.strerror}. Make the folder "
                         "writable, or copy the GIFs somewhere you can write.") from exc
@@ -869,111 +918,183 @@ def find_gifs(gif_dir):
     return paths
 
 
+@dataclasses.dataclass
+class Encoded:
+    """What the steps after encoding need: the model and every readable GIF's latent."""
+
+    model: MovieAutoencoder
+    kept: list  # paths of the readable GIFs, sorted by name
+    latents: np.ndarray  # (gifs, latent_dim) float32
+    history: list | None  # training loss per epoch, if known
+    movies: np.ndarray | None = None  # decoded movies, when this run trained
+    written: list = dataclasses.field(default_factory=list)
+
+
+class StageClock:
+    """Wall time spent in each step, for the closing summary."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    @contextlib.contextmanager
+    def __call__(self, step):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.seconds[step] = self.seconds.get(step, 0.0) + elapsed
+
+    def summary(self):
+        """One line: seconds per step and the peak memory of this process."""
+        steps = ", ".join(f"{step} {sec:.1f} s" for step, sec in self.seconds.items())
+        return f"time per step: {steps} | peak memory {peak_memory_mb():.0f} MB"
+
+
+def peak_memory_mb():
+    """Peak resident memory of this process so far, in MB (NaN where unknown)."""
+    if resource is None:  # pragma: no cover
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def train_or_load(args, paths, device, pool, clock):
+    """Load the saved model and encode new GIFs, or decode all, train and encode."""
+    settings = model_settings(args)
+    model_path = args.gif_dir / MODEL_FILE
+    if model_path.exists() and not args.retrain:
+        model, checkpoint = load_checkpoint(model_path, settings)
+        model.to(device)
+        log.info("using the trained model %s (pass --retrain to train anew)",
+                 model_path)
+        model_hash = hashlib.sha256(model_path.read_bytes()).hexdigest()
+        cache = load_cache(args.gif_dir / CACHE_FILE, model_hash)
+        kept, latents = encode_gif_files(model, paths, args, device, pool, cache, clock)
+        result = Encoded(model, kept, latents, checkpoint.get("loss_history"))
+    else:
+        with clock("decode"):
+            movies, kept = decode_movies(paths, args.max_frames, args.frame_size, pool)
+        log.info("decoded %d GIFs in %.1f s", len(kept), clock.seconds["decode"])
+        if not kept:
+            raise UserError(f"none of the {len(paths)} GIFs in {args.gif_dir} could be "
+                            "read (see the warnings above)")
+        with clock("train"):
+            model, history = train_model(movies, args, device)
+        with clock("encode"):
+            latents = encode_movies(model, movies, device)
+        # the last step can break the weights after the last loss was measured
+        if not np.isfinite(latents).all():
+            raise UserError("training made the model's latent vectors NaN or "
+                            "infinite; the model was not saved. Try a lower "
+                            "--learning-rate.")
+        with clock("writing"):
+            save_checkpoint(model_path, model, settings, history, args, len(kept))
+        model_hash = hashlib.sha256(model_path.read_bytes()).hexdigest()
+        result = Encoded(model, kept, latents, history, movies, [model_path])
+    if not result.kept:
+        raise UserError(f"none of the {len(paths)} GIFs in {args.gif_dir} could be "
+                        "read (see the warnings above)")
+    with clock("writing"):
+        save_cache(args.gif_dir / CACHE_FILE, model_hash,
+                   [file_stamp(p) for p in result.kept], result.latents)
+    return result
+
+
+def map_and_cluster(args, encoded, f, k, clock):
+    """t-SNE maps and k-means clusters; returns (coords, clusters, files written)."""
+    gif_dir, n_gifs, written = args.gif_dir, len(encoded.kept), []
+    if n_gifs < 2:
+        log.warning("warning: only one readable GIF; t-SNE maps and clusters need "
+                    "at least two, so they are skipped")
+        return np.full((n_gifs, 2), np.nan, np.float32), np.zeros(n_gifs, int), []
+    with clock("t-SNE"):
+        coords = run_tsne(encoded.latents, args.seed)
+    with clock("clusters"):
+        clusters = cluster_latents(encoded.latents, args.n_clusters, args.seed)
+    with clock("writing"):
+        for values, label, png in ((f, "feed rate f", TSNE_F_PNG),
+                                   (k, "kill rate k", TSNE_K_PNG)):
+            plot_tsne(coords, values, label, n_gifs, gif_dir / png)
+            written.append(gif_dir / png)
+        known = np.isfinite(f) & np.isfinite(k)
+        if known.any():
+            plot_clusters_fk(f[known], k[known], clusters[known],
+                             gif_dir / CLUSTERS_FK_PNG)
+            written.append(gif_dir / CLUSTERS_FK_PNG)
+    return coords, clusters, written
+
+
+def write_tables(args, encoded, coords, clusters, clusters_path):
+    """The latent CSV and the combined CSV (merged with the users' clustering)."""
+    names = [p.name for p in encoded.kept]
+    header, rows = latent_table(names, encoded.latents)
+    write_csv(args.gif_dir / LATENT_CSV, header, rows)
+    f = np.array([np.nan if r[1] is None else r[1] for r in rows], float)
+    k = np.array([np.nan if r[2] is None else r[2] for r in rows], float)
+    extra_header, extra = ["cluster"], [[c] for c in clusters]
+    if clusters_path.is_file():
+        merged = merge_clusters(names, f, k, clusters_path)
+        if merged is not None:
+            log.info("merged your clustering file %s by file name", clusters_path)
+            extra_header = merged[0] + ["latent_cluster"]
+            extra = [row + [c] for row, c in zip(merged[1], clusters)]
+    write_csv(args.gif_dir / COMBINED_CSV, header + ["tsne_x", "tsne_y"] + extra_header,
+              [row + list(xy) + more for row, xy, more in zip(rows, coords, extra)])
+    return [args.gif_dir / LATENT_CSV, args.gif_dir / COMBINED_CSV]
+
+
+def plot_model(args, encoded, device):
+    """Reconstructions of a few GIFs and the loss curve; returns the files written."""
+    kept, written = encoded.kept, []
+    picks = sorted(set(frame_indices(len(kept), min(4, len(kept))).tolist()))
+    shown = [kept[i] for i in picks]
+    if encoded.movies is None:  # only encoded this time: decode the few GIFs shown
+        movies, shown = decode_movies(shown, args.max_frames, args.frame_size,
+                                      progress=False)
+    else:
+        movies = encoded.movies[picks]
+    plot_reconstructions(encoded.model, movies, [p.name for p in shown], device,
+                         args.gif_dir / RECONSTRUCTIONS_PNG)
+    written.append(args.gif_dir / RECONSTRUCTIONS_PNG)
+    if encoded.history:
+        plot_loss(encoded.history, args.gif_dir / LOSS_PNG)
+        written.append(args.gif_dir / LOSS_PNG)
+    return written
+
+
 def run(args):
     """The whole pipeline: GIFs -> model -> latents -> maps, clusters and CSVs."""
     check_settings(args)
-    gif_dir = args.gif_dir
-    paths = find_gifs(gif_dir)
+    paths = find_gifs(args.gif_dir)
     device = pick_device(args.device)
-    clusters_path = args.clusters_csv or gif_dir / CLUSTERS_CSV
+    clusters_path = args.clusters_csv or args.gif_dir / CLUSTERS_CSV
     if args.clusters_csv and not args.clusters_csv.is_file():
         raise UserError(f"the clustering file {args.clusters_csv} does not exist")
     log.info("%d GIFs in %s | latent %d, %d frames of %dx%d px | device %s",
-             len(paths), gif_dir, args.latent_dim, args.max_frames, args.frame_size,
-             args.frame_size, device)
+             len(paths), args.gif_dir, args.latent_dim, args.max_frames,
+             args.frame_size, args.frame_size, device)
     seed_everything(args.seed)
-    written = []
-    with folder_lock(gif_dir), contextlib.ExitStack() as stack:
+    clock = StageClock()
+    with folder_lock(args.gif_dir), contextlib.ExitStack() as stack:
         pool = decode_pool()
         if pool is not None:
             stack.callback(pool.terminate)
-        settings = model_settings(args)
-        model_path = gif_dir / MODEL_FILE
-        history, movies = None, None
-        if model_path.exists() and not args.retrain:
-            model, checkpoint = load_checkpoint(model_path, settings)
-            model.to(device)
-            history = checkpoint.get("loss_history")
-            log.info("using the trained model %s (pass --retrain to train anew)",
-                     model_path)
-            model_hash = hashlib.sha256(model_path.read_bytes()).hexdigest()
-            cache = load_cache(gif_dir / CACHE_FILE, model_hash)
-            kept, latents = encode_gif_files(model, paths, args, device, pool, cache)
-        else:
-            start = time.perf_counter()
-            movies, kept = decode_movies(paths, args.max_frames, args.frame_size, pool)
-            log.info("decoded %d GIFs in %.1f s", len(kept), time.perf_counter() - start)
-            if not kept:
-                raise UserError(f"none of the {len(paths)} GIFs in {gif_dir} could be "
-                                "read (see the warnings above)")
-            model, history = train_model(movies, args, device)
-            save_checkpoint(model_path, model, settings, history, args, len(kept))
-            written.append(model_path)
-            model_hash = hashlib.sha256(model_path.read_bytes()).hexdigest()
-            latents = encode_movies(model, movies, device)
-        if not kept:
-            raise UserError(f"none of the {len(paths)} GIFs in {gif_dir} could be read "
-                            "(see the warnings above)")
-        save_cache(gif_dir / CACHE_FILE, model_hash, [file_stamp(p) for p in kept],
-                   latents)
-
-        names = [p.name for p in kept]
-        header, rows = latent_table(names, latents)
-        write_csv(gif_dir / LATENT_CSV, header, rows)
-        written.append(gif_dir / LATENT_CSV)
-        f = np.array([np.nan if r[1] is None else r[1] for r in rows], float)
-        k = np.array([np.nan if r[2] is None else r[2] for r in rows], float)
+        encoded = train_or_load(args, paths, device, pool, clock)
+        names = [p.name for p in encoded.kept]
+        f, k = (np.array(v, float) for v in zip(*map(parse_f_k_or_nan, names)))
         unnamed = [n for n, fv in zip(names, f) if np.isnan(fv)]
         if unnamed:
-            log.warning("warning: %d file names hold no f and k (e.g. %s); their f and "
-                        "k cells are left empty", len(unnamed), ", ".join(unnamed[:3]))
-
-        if len(kept) < 2:
-            log.warning("warning: only one readable GIF; t-SNE maps and clusters need "
-                        "at least two, so they are skipped")
-            coords = np.full((len(kept), 2), np.nan, np.float32)
-            clusters = np.zeros(len(kept), int)
-        else:
-            start = time.perf_counter()
-            coords = run_tsne(latents, args.seed)
-            log.info("t-SNE of %d latent vectors in %.1f s", len(kept),
-                     time.perf_counter() - start)
-            for values, label, png in ((f, "feed rate f", TSNE_F_PNG),
-                                       (k, "kill rate k", TSNE_K_PNG)):
-                plot_tsne(coords, values, label, len(kept), gif_dir / png)
-                written.append(gif_dir / png)
-            clusters = cluster_latents(latents, args.n_clusters, args.seed)
-            known = np.isfinite(f) & np.isfinite(k)
-            if known.any():
-                plot_clusters_fk(f[known], k[known], clusters[known],
-                                 gif_dir / CLUSTERS_FK_PNG)
-                written.append(gif_dir / CLUSTERS_FK_PNG)
-
-        extra_header, extra = ["cluster"], [[c] for c in clusters]
-        if clusters_path.is_file():
-            merged = merge_clusters(names, f, k, clusters_path)
-            if merged is not None:
-                log.info("merged your clustering file %s by file name", clusters_path)
-                extra_header = merged[0] + ["latent_cluster"]
-                extra = [row + [c] for row, c in zip(merged[1], clusters)]
-        write_csv(gif_dir / COMBINED_CSV, header + ["tsne_x", "tsne_y"] + extra_header,
-                  [row + list(xy) + more for row, xy, more in zip(rows, coords, extra)])
-        written.append(gif_dir / COMBINED_CSV)
-
-        picks = sorted(set(frame_indices(len(kept), min(4, len(kept))).tolist()))
-        shown = [kept[i] for i in picks]
-        if movies is None:  # only encoded this time: decode the few GIFs shown
-            movies, shown = decode_movies(shown, args.max_frames, args.frame_size,
-                                          progress=False)
-        else:
-            movies = movies[picks]
-        plot_reconstructions(model, movies, [p.name for p in shown], device,
-                             gif_dir / RECONSTRUCTIONS_PNG)
-        written.append(gif_dir / RECONSTRUCTIONS_PNG)
-        if history:
-            plot_loss(history, gif_dir / LOSS_PNG)
-            written.append(gif_dir / LOSS_PNG)
-    log.info("wrote %s", ", ".join(str(p) for p in written))
+            log.warning("warning: %d file names hold no f and k (e.g. %s); their f "
+                        "and k cells are left empty", len(unnamed),
+                        ", ".join(unnamed[:3]))
+        coords, clusters, maps = map_and_cluster(args, encoded, f, k, clock)
+        with clock("writing"):
+            tables = write_tables(args, encoded, coords, clusters, clusters_path)
+            pictures = plot_model(args, encoded, device)
+    log.info(clock.summary())
+    log.info("wrote %s", ", ".join(str(p) for p in
+                                   encoded.written + tables + maps + pictures))
 
 
 def _interrupt(signum, frame):

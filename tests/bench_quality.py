@@ -1,0 +1,182 @@
+"""Do the latent vectors know the pattern? A labelled benchmark against baselines.
+
+Simulates runs at every Pearson point of ../shared/pearson_classes.csv with f <= 0.07
+(cached in tests/.cache/labelled), runs the tool with its default settings on them,
+and scores the tool's latent vectors and four baselines on the same runs:
+
+    python tests/bench_quality.py                  # simulate if needed, train, score
+    python tests/bench_quality.py --skip-tool      # score the last run's latents again
+
+Every figure is computed on standardised features (zero mean, unit variance):
+
+    bal_acc   balanced accuracy of 5-nearest-neighbour class prediction, leaving out
+              all runs of one (f, k) point at a time (neighbours from other points)
+    nn_same   share of runs whose nearest other run has the same class
+    ari       adjusted Rand index of k-means with as many clusters as classes
+    r2_f/k    5-fold cross-validated R^2 of f and k by 5-nearest-neighbour regression
+
+Not part of the test suite: it takes several minutes and prints a table.
+"""
+
+import argparse
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import earlier_approach  # noqa: E402
+import extract_latent_vectors as tool  # noqa: E402
+import grayscott_sim  # noqa: E402
+
+# --- data
+CACHE_DIR = REPO / "tests" / ".cache" / "labelled"  # simulated runs, reused
+CLASSES_CSV = REPO.parent / "shared" / "pearson_classes.csv"
+# --- scoring
+NEIGHBOURS = 5  # k of the nearest-neighbour classifier and regressor
+SEED = 0
+
+
+def read_labels(gif_dir):
+    """filename -> (f, k, class) from the labels table of the simulated set."""
+    with open(gif_dir / grayscott_sim.LABELS_NAME, newline="") as fh:
+        return {r["filename"]: (float(r["f"]), float(r["k"]), r["class"])
+                for r in csv.DictReader(fh)}
+
+
+def run_tool(gif_dir):
+    """Train the tool from scratch with its defaults; return its latent table."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(REPO / "extract_latent_vectors.py"),
+                    "--gif-dir", str(gif_dir), "--retrain"], check=True)
+    print(f"tool run: {time.perf_counter() - start:.0f} s", flush=True)
+    return read_latents(gif_dir / tool.LATENT_CSV)
+
+
+def read_latents(path):
+    """filename -> latent vector from the tool's CSV."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    columns = [c for c in rows[0] if c.startswith("z")]
+    return {r["filename"]: np.array([float(r[c]) for c in columns]) for r in rows}
+
+
+def standardise(features):
+    """Zero mean, unit variance per column (constant columns left at zero)."""
+    spread = features.std(axis=0)
+    return (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+
+
+def score(features, classes, f, k):
+    """The benchmark's five figures for one set of features."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, balanced_accuracy_score
+    from sklearn.model_selection import KFold, cross_val_score
+    from sklearn.neighbors import KNeighborsRegressor
+
+    x = standardise(np.asarray(features, np.float64))
+    classes = np.asarray(classes)
+    distance = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(distance, np.inf)
+    nn_same = np.mean(classes[distance.argmin(1)] == classes)
+
+    point = np.array([f"{a:.5f},{b:.5f}" for a, b in zip(f, k)])
+    predicted = []
+    for i in range(len(x)):
+        others = np.where(point != point[i])[0]
+        nearest = others[np.argsort(distance[i, others], kind="stable")[:NEIGHBOURS]]
+        votes, counts = np.unique(classes[nearest], return_counts=True)
+        tied = set(votes[counts == counts.max()])
+        predicted.append(next(c for c in classes[nearest] if c in tied))  # nearest wins
+    bal_acc = balanced_accuracy_score(classes, predicted)
+
+    n_classes = len(np.unique(classes))
+    labels = KMeans(n_classes, n_init=10, random_state=SEED).fit_predict(x)
+    ari = adjusted_rand_score(classes, labels)
+
+    folds = KFold(5, shuffle=True, random_state=SEED)
+    knn = KNeighborsRegressor(NEIGHBOURS)
+    r2 = [cross_val_score(knn, x, target, cv=folds, scoring="r2").mean()
+          for target in (f, k)]
+    return {"bal_acc": bal_acc, "nn_same": nn_same, "ari": ari,
+            "r2_f": r2[0], "r2_k": r2[1]}
+
+
+def pca_of_frames(movies, dims=32):
+    """Raw frames flattened and reduced to `dims` principal components."""
+    from sklearn.decomposition import PCA
+
+    flat = movies.reshape(len(movies), -1).astype(np.float32) / 255.0
+    return PCA(min(dims, len(flat)), random_state=SEED).fit_transform(flat)
+
+
+def physicist_descriptor(paths):
+    """Radial power spectrum of the last frame plus the mean frame-to-frame change."""
+    features = []
+    for path in paths:
+        movie, _ = tool.read_movie(path, 129, 128)  # every frame at full size
+        last = movie[-1].astype(np.float64) / 255.0
+        power = np.abs(np.fft.fft2(last - last.mean())) ** 2
+        fy, fx = np.meshgrid(np.fft.fftfreq(128), np.fft.fftfreq(128), indexing="ij")
+        radius = np.minimum((np.hypot(fx, fy) * 128).astype(int), 63)
+        spectrum = np.bincount(radius.ravel(), power.ravel(), minlength=64)[:64]
+        change = np.abs(np.diff(movie.astype(np.float64) / 255.0, axis=0)).mean()
+        features.append(np.concatenate([np.log1p(spectrum), [change]]))
+    return np.array(features)
+
+
+def earlier_latents(paths):
+    """Latents of the earlier tool: first frames, zero padding, no augmentation."""
+    movies = earlier_approach.load_first_frames(paths)
+    model = earlier_approach.train_epochs(movies, tool.EPOCHS, SEED)
+    return earlier_approach.encode(model, movies)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gif-dir", type=Path, default=CACHE_DIR,
+                        help="where the labelled GIFs are cached")
+    parser.add_argument("--skip-tool", action="store_true",
+                        help="score the latents the last tool run wrote")
+    parser.add_argument("--skip-baselines", action="store_true",
+                        help="score only the tool")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    grayscott_sim.make_labelled_set(args.gif_dir, CLASSES_CSV)
+    print(f"labelled set ready: {time.perf_counter() - start:.0f} s", flush=True)
+    labels = read_labels(args.gif_dir)
+    names = sorted(labels)
+    paths = [args.gif_dir / n for n in names]
+    f = np.array([labels[n][0] for n in names])
+    k = np.array([labels[n][1] for n in names])
+    classes = [labels[n][2] for n in names]
+    counts = dict(zip(*np.unique(classes, return_counts=True)))
+    print(f"{len(names)} runs, {len(counts)} classes: {counts}")
+
+    latents = (read_latents(args.gif_dir / tool.LATENT_CSV) if args.skip_tool
+               else run_tool(args.gif_dir))
+    table = {"tool latents": score(np.stack([latents[n] for n in names]), classes, f, k)}
+    if not args.skip_baselines:
+        movies, _ = tool.decode_movies(paths, tool.MAX_FRAMES, tool.FRAME_SIZE)
+        table["(f, k) alone"] = score(np.stack([f, k], 1), classes, f, k)
+        table["PCA-32 of raw frames"] = score(pca_of_frames(movies), classes, f, k)
+        table["hand-made descriptor"] = score(physicist_descriptor(paths), classes, f, k)
+        table["earlier approach"] = score(earlier_latents(paths), classes, f, k)
+
+    columns = ["bal_acc", "nn_same", "ari", "r2_f", "r2_k"]
+    print(f"\n| features | {' | '.join(columns)} |")
+    print("|---|" + "---|" * len(columns))
+    for name, figures in table.items():
+        print(f"| {name} | " + " | ".join(f"{figures[c]:.3f}" for c in columns) + " |")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
