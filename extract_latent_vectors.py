@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
 from PIL import Image, ImageSequence
+from torch import nn
 from tqdm import tqdm
 
 try:  # file locks keep two runs on one folder apart; Windows has no fcntl

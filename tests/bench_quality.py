@@ -30,9 +30,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-import earlier_approach  # noqa: E402
-import extract_latent_vectors as tool  # noqa: E402
-import grayscott_sim  # noqa: E402
+import earlier_approach
+import grayscott_sim
+
+import extract_latent_vectors as tool
 
 # --- data
 CACHE_DIR = REPO / "tests" / ".cache" / "labelled"  # simulated runs, reused

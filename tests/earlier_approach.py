@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageSequence
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import extract_latent_vectors as tool  # noqa: E402
+import extract_latent_vectors as tool
 
 
 def load_first_frames(paths, max_frames=tool.MAX_FRAMES, frame_size=tool.FRAME_SIZE):
