@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageSequence
+from PIL import GifImagePlugin, Image, ImageSequence
 from torch import nn
 from tqdm import tqdm
 
@@ -172,10 +172,22 @@ def frame_to_grey(frame, frame_size):
         frame.alpha_composite(rgba)
     grey = frame.convert("L")
     if grey.size != (frame_size, frame_size):
-        shrinking = grey.width >= frame_size and grey.height >= frame_size
-        resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+        # BOX gives exact block means for whole-number reductions (128 -> 64) but
+        # aliases at other ratios; Pillow widens BILINEAR to antialias any shrink
+        whole = grey.width % frame_size == 0 and grey.height % frame_size == 0
+        resample = Image.Resampling.BOX if whole else Image.Resampling.BILINEAR
         grey = grey.resize((frame_size, frame_size), resample)
     return np.asarray(grey, dtype=np.uint8)
+
+
+class _PaletteKeepingGif(GifImagePlugin.GifImageFile):
+    """Pillow's GIF reader, except that it keeps a global palette of plain greys."""
+
+    # Pillow drops a palette that is the grey ramp 0..255 and then reads the local
+    # palette of a later frame as grey levels (as Pillow itself writes a grey frame
+    # followed by a coloured one); keeping the palette costs no measurable time
+    def _is_palette_needed(self, p):
+        return True
 
 
 def read_movie(path, max_frames=MAX_FRAMES, frame_size=FRAME_SIZE):
@@ -186,7 +198,7 @@ def read_movie(path, max_frames=MAX_FRAMES, frame_size=FRAME_SIZE):
     """
     check_gif_header(path)
     try:
-        with Image.open(path) as gif:
+        with _PaletteKeepingGif(path) as gif:
             if gif.format != "GIF":
                 raise GifError(f"Pillow reads it as {gif.format}, not GIF")
             movie, note = _read_frames(gif, max_frames, frame_size)
@@ -224,11 +236,12 @@ def _read_frames(gif, max_frames, frame_size):
                 if index >= wanted[-1]:
                     break
             return np.stack([picked[i] for i in wanted]), None
-        except (OSError, EOFError, SyntaxError, IndexError, KeyError, ValueError):
+        except (OSError, EOFError, SyntaxError, IndexError, KeyError, ValueError,
+                struct.error):
             pass  # damaged frame: read again, keeping what comes before it
     frames = []
     with contextlib.suppress(OSError, EOFError, SyntaxError, IndexError, KeyError,
-                             ValueError):
+                             ValueError, struct.error):
         for frame in ImageSequence.Iterator(gif):
             frames.append(frame_to_grey(frame, frame_size))
     if not frames:
@@ -452,8 +465,8 @@ def atomic_write(path, write):
         os.replace(tmp, path)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}. Free some "
-                        "disk space or choose another folder; nothing was "
-                        "changed.") from exc
+                        "disk space or choose another folder; that file was left "
+                        "as it was.") from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -527,10 +540,14 @@ def encode_movies(model, movies, device):
     model.eval()
     if len(movies) == 0:  # a chunk of GIFs that were all unreadable
         return np.zeros((0, model.to_latent.out_features), np.float32)
-    latents = [
-        model.encode(to_batch(movies[start:start + ENCODE_BATCH], device)).cpu()
-        for start in range(0, len(movies), ENCODE_BATCH)
-    ]
+    latents = []
+    for start in range(0, len(movies), ENCODE_BATCH):
+        batch = movies[start:start + ENCODE_BATCH]  # (batch, frames, h, w)
+        # a short batch is padded to full size: PyTorch picks its convolution by
+        # batch size, so a GIF encoded alone would differ in the last digits
+        padded = np.zeros((ENCODE_BATCH, *batch.shape[1:]), np.uint8)
+        padded[:len(batch)] = batch
+        latents.append(model.encode(to_batch(padded, device))[:len(batch)].cpu())
     return torch.cat(latents).numpy().astype(np.float32)
 
 
