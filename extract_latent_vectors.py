@@ -30,6 +30,7 @@ import io
 import logging
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import signal
@@ -62,12 +63,14 @@ DECODE_CHUNK = 512  # GIFs decoded at a time when only encoding (bounds memory)
 # --- model: the Conv3d autoencoder ---------------------------------------------------
 LATENT_DIM = 32  # length of the latent vector written for every GIF
 WIDTH = 16  # channels of the first encoder layer; later layers double it
-ARCHITECTURE = 1  # bumped whenever the network changes, so old models are refused
+ARCHITECTURE = 2  # bumped whenever the network changes, so old models are refused
 
 # --- training --------------------------------------------------------------------
 BATCH_SIZE = 16  # movies per optimisation step
 EPOCHS = 20  # passes over all GIFs
 LEARNING_RATE = 1e-3  # AdamW step size
+INVARIANCE = 1.0  # weight of the VICReg term that makes two views of a movie agree
+VICREG_COV_WEIGHT = 25.0  # the covariance term counts 1/25 of the other two
 SEED = 1234  # seeds Python, NumPy, PyTorch, t-SNE and k-means
 ENCODE_BATCH = 64  # movies per encoding step (does not change the vectors)
 
@@ -267,40 +270,89 @@ def _ignore_sigint():
     """Let the main process alone handle Ctrl-C; SIGTERM simply ends a worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # inherited from main(), its handler would print a traceback per worker
-    # whenever the pool is terminated, which happens at the end of every run
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def decode_pool():
-    """A process pool with one worker per available core, or None on one core."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    if cores < 2:
-        return None
+def decode_workers():
+    """How many processes decode GIFs: one per core this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _decode_worker(tasks, connection):
+    """Worker process: decode its share of the GIFs, sending back each result."""
+    _ignore_sigint()
+    with connection:
+        for task in tasks:
+            connection.send(_decode_task(task))
+
+
+def _decode_in_workers(tasks, workers):
+    """Yield _decode_task results from worker processes, in the order they finish.
+
+    Each worker has a pipe of its own, so a worker that dies (a signal, the
+    out-of-memory killer) can block no other; its GIFs are decoded here instead.
+    """
+    # multiprocessing.Pool deadlocks when a worker dies holding its shared queue
     context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-    return context.Pool(cores, initializer=_ignore_sigint)
+    running, done = {}, set()
+    try:
+        for share in (tasks[w::workers] for w in range(workers)):
+            reader, writer = context.Pipe(duplex=False)
+            process = context.Process(target=_decode_worker, args=(share, writer),
+                                      daemon=True)
+            process.start()
+            writer.close()
+            running[reader] = process
+        while running:
+            for reader in multiprocessing.connection.wait(list(running)):
+                try:
+                    result = reader.recv()
+                except (EOFError, OSError):  # the worker has finished, or died
+                    running.pop(reader).join()
+                    reader.close()
+                    continue
+                done.add(result[0])
+                yield result
+    finally:
+        for process in running.values():  # only after an interrupt or an error
+            process.kill()
+            process.join()
+    lost = [task for task in tasks if task[0] not in done]
+    if lost:
+        log.warning("warning: a decoding process ended early; decoding its %d "
+                    "remaining GIFs in the main process", len(lost))
+        yield from map(_decode_task, lost)
 
 
-def decode_movies(paths, max_frames, frame_size, pool=None, progress=True):
-    """Decode GIFs on all cores into one uint8 array; unreadable ones are skipped.
+def decode_movies(paths, max_frames, frame_size, workers=1, progress=True):
+    """Decode GIFs on `workers` cores into one uint8 array; unreadable ones skipped.
 
-    Returns (movies, kept) where kept lists the paths of the rows of movies.
+    Returns (movies, kept) where kept lists the paths of the rows of movies, in
+    the order of paths whatever order the workers finish in.
     """
     movies = np.empty((len(paths), max_frames, frame_size, frame_size), np.uint8)
     tasks = [(i, p, max_frames, frame_size) for i, p in enumerate(paths)]
-    chunk = max(1, min(16, len(tasks) // 64))
-    results = pool.imap(_decode_task, tasks, chunk) if pool else map(_decode_task, tasks)
-    kept = []
+    workers = min(workers, len(tasks))
+    results = (_decode_in_workers(tasks, workers) if workers > 1
+               else map(_decode_task, tasks))
+    readable = np.zeros(len(paths), bool)
     bar = tqdm(results, total=len(tasks), desc="decoding GIFs", unit="gif",
                disable=not progress or None, leave=False)
-    for index, movie, note in bar:
-        if movie is None:
-            log.warning("warning: skipping %s: %s", paths[index], note)
-            continue
-        if note:
-            log.warning("warning: %s: %s", paths[index], note)
-        movies[len(kept)] = movie  # (frames, height, width)
-        kept.append(paths[index])
-    return movies[: len(kept)], kept
+    with contextlib.closing(bar):  # stops the workers if this loop is interrupted
+        for index, movie, note in bar:
+            if movie is None:
+                log.warning("warning: skipping %s: %s", paths[index], note)
+                continue
+            if note:
+                log.warning("warning: %s: %s", paths[index], note)
+            movies[index] = movie  # (frames, height, width)
+            readable[index] = True
+    kept = np.flatnonzero(readable)
+    for row, index in enumerate(kept):  # close the gaps in place: no second copy
+        movies[row] = movies[index]
+    return movies[: len(kept)], [paths[i] for i in kept]
 
 
 # -----------------------------------------------------------------------------------
@@ -325,21 +377,25 @@ class PeriodicConv3d(nn.Conv3d):
 
 
 class MovieAutoencoder(nn.Module):
-    """Movie (batch, 1, frames, size, size) -> latent (batch, latent_dim) -> movie."""
+    """Movie (batch, 1, frames, size, size) -> latent (batch, latent_dim) -> movie.
+
+    The latent is read from spatial statistics (mean and spread over the grid, per
+    time step) of every encoder layer, so it describes what the pattern is and how it
+    changes at three scales, nearly regardless of where on the periodic grid it sits.
+    """
 
     def __init__(self, latent_dim=LATENT_DIM, max_frames=MAX_FRAMES,
                  frame_size=FRAME_SIZE, width=WIDTH):
         super().__init__()
         self.code_shape = (4 * width, max_frames // 8, frame_size // 16, frame_size // 16)
-        self.encoder = nn.Sequential(
+        self.encoder = nn.ModuleList([
             PeriodicConv3d(1, width, (2, 4, 4), (2, 4, 4)),  # patches of 2x4x4 pixels
-            nn.GELU(),
             PeriodicConv3d(width, 2 * width, 3, 2),
-            nn.GELU(),
             PeriodicConv3d(2 * width, 4 * width, 3, 2),
-            nn.GELU(),
-        )
-        self.to_latent = nn.Linear(math.prod(self.code_shape), latent_dim)
+        ])
+        # (channels x time steps) of layers 1-3, each pooled to a mean and a spread
+        n_statistics = 2 * 3 * width * max_frames // 2
+        self.to_latent = nn.Linear(n_statistics, latent_dim)
         self.from_latent = nn.Linear(latent_dim, math.prod(self.code_shape))
         self.decoder = nn.Sequential(
             nn.GELU(),
@@ -352,7 +408,15 @@ class MovieAutoencoder(nn.Module):
 
     def encode(self, movies):
         """(batch, 1, frames, size, size) in [0, 1] -> (batch, latent_dim)."""
-        return self.to_latent(self.encoder(movies).flatten(1))
+        statistics = []
+        x = movies
+        for layer in self.encoder:
+            x = F.gelu(layer(x))  # (batch, channels, time, height, width)
+            mean = x.mean((3, 4))  # (batch, channels, time)
+            # eps keeps the gradient finite where a layer is flat (a uniform run)
+            spread = (x.var((3, 4), correction=0) + 1e-6).sqrt()
+            statistics += [mean.flatten(1), spread.flatten(1)]
+        return self.to_latent(torch.cat(statistics, 1))
 
     def decode(self, latents):
         """(batch, latent_dim) -> reconstructed movies in [0, 1]."""
@@ -400,11 +464,38 @@ def to_batch(movies, device):
 
 
 def augment(batch, generator):
-    """Turn or flip a batch by a random symmetry of the square grid."""
-    # a pattern means the same thing turned by 90 degrees or mirrored
-    turns, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
-    batch = torch.rot90(batch, turns, dims=(3, 4))
+    """Shift, turn and flip a batch by a random symmetry of the periodic grid."""
+    # a pattern means the same thing moved round the torus, turned or mirrored
+    turns, flip, dy, dx = torch.randint(0, 4 * batch.shape[-1], (4,),
+                                        generator=generator).tolist()
+    batch = torch.roll(batch, (dy, dx), dims=(3, 4))
+    batch = torch.rot90(batch, turns % 4, dims=(3, 4))
     return batch.flip(4) if flip % 2 else batch
+
+
+def invariance_loss(latents, other):
+    """VICReg: two views of a movie agree, while every latent dimension keeps
+    spread and carries its own information (so the latents cannot collapse)."""
+    agree = F.mse_loss(latents, other)
+    spread = cov = 0.0
+    for z in (latents, other):
+        spread = spread + F.relu(1 - (z.var(0) + 1e-4).sqrt()).mean()
+        z = z - z.mean(0)
+        covariance = (z.T @ z) / (len(z) - 1)  # (latent_dim, latent_dim)
+        off_diagonal = covariance - torch.diag(torch.diag(covariance))
+        cov = cov + off_diagonal.pow(2).sum() / z.shape[1]
+    return agree + spread + cov / VICREG_COV_WEIGHT
+
+
+def training_loss(model, batch, generator, invariance=INVARIANCE):
+    """(loss, reconstruction error) of one batch (batch, 1, frames, h, w)."""
+    view = augment(batch, generator)
+    latents = model.encode(view)
+    reconstruction = F.mse_loss(model.decode(latents), view)
+    if not invariance or len(batch) < 2:  # a single movie has no spread to keep
+        return reconstruction, reconstruction
+    other = model.encode(augment(batch, generator))
+    return reconstruction + invariance * invariance_loss(latents, other), reconstruction
 
 
 def train_model(movies, args, device):
@@ -418,12 +509,13 @@ def train_model(movies, args, device):
     history = []
     log.info("training on %d GIFs for %d epochs on %s", len(data), args.epochs, device)
     for epoch in range(1, args.epochs + 1):
-        start, total = time.perf_counter(), 0.0
+        start, total, rebuilt = time.perf_counter(), 0.0, 0.0
         order = torch.randperm(len(data), generator=generator)
         batches = order.split(args.batch_size)
         for batch_ids in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None):
-            batch = augment(to_batch(data[batch_ids], device), generator)
-            loss = F.mse_loss(model(batch), batch)
+            batch = to_batch(data[batch_ids], device)  # (batch, 1, frames, h, w)
+            loss, reconstruction = training_loss(model, batch, generator,
+                                                 args.invariance)
             if not torch.isfinite(loss):
                 raise UserError(
                     f"the training loss became {loss.item()} in epoch {epoch}; "
@@ -433,8 +525,10 @@ def train_model(movies, args, device):
             loss.backward()
             optimiser.step()
             total += loss.item() * len(batch_ids)
+            rebuilt += reconstruction.item() * len(batch_ids)
         history.append(total / len(data))
-        log.info("epoch %3d/%d  loss %.5f  %.1f s", epoch, args.epochs, history[-1],
+        log.info("epoch %3d/%d  loss %.5f (reconstruction %.5f)  %.1f s", epoch,
+                 args.epochs, history[-1], rebuilt / len(data),
                  time.perf_counter() - start)
     return model, history
 
@@ -480,6 +574,7 @@ def save_checkpoint(path, model, settings, history, args, n_gifs):
         "loss_history": history,
         "training": {"epochs": args.epochs, "batch_size": args.batch_size,
                      "learning_rate": args.learning_rate, "seed": args.seed,
+                     "invariance": args.invariance,
                      "gifs": n_gifs},
     }
     # serialised in memory first: torch.save turns a failed write (a full disk)
@@ -576,7 +671,7 @@ def save_cache(path, model_hash, stamps, latents):
     atomic_write(path, write)
 
 
-def encode_gif_files(model, paths, args, device, pool, cache, clock):
+def encode_gif_files(model, paths, args, device, workers, cache, clock):
     """Latents of GIF files, decoded chunk by chunk so memory stays bounded."""
     kept, latents, missing = [], [], []
     for path in paths:
@@ -592,7 +687,7 @@ def encode_gif_files(model, paths, args, device, pool, cache, clock):
     for start in range(0, len(missing), DECODE_CHUNK):
         with clock("decode"):
             movies, done = decode_movies(missing[start:start + DECODE_CHUNK],
-                                         args.max_frames, args.frame_size, pool)
+                                         args.max_frames, args.frame_size, workers)
         with clock("encode"):
             latents.extend(encode_movies(model, movies, device))
         kept.extend(done)
@@ -721,7 +816,7 @@ def plot_loss(history, path):
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(range(1, len(history) + 1), history, marker="o")
-    ax.set(xlabel="epoch", ylabel="mean squared error", yscale="log",
+    ax.set(xlabel="epoch", ylabel="reconstruction MSE + invariance", yscale="log",
            title="Autoencoder training loss")
     save_figure(fig, path)
 
@@ -851,6 +946,9 @@ def parse_args(argv):
     add("--batch-size", type=int, default=BATCH_SIZE, help="movies per training step")
     add("--epochs", type=int, default=EPOCHS, help="training passes over all GIFs")
     add("--learning-rate", type=float, default=LEARNING_RATE, help="AdamW step size")
+    add("--invariance", type=float, default=INVARIANCE,
+        help="weight of the term that makes shifted, turned or mirrored copies of a "
+             "movie share one latent vector (0: a plain autoencoder)")
     add("--max-frames", type=int, default=MAX_FRAMES,
         help="frames per movie, evenly spread from first to last (multiple of 8)")
     add("--frame-size", type=int, default=FRAME_SIZE,
@@ -882,6 +980,8 @@ def check_settings(args):
         problems.append("--n-clusters must be 0 (automatic) or more")
     if not args.learning_rate > 0:
         problems.append("--learning-rate must be positive")
+    if not args.invariance >= 0:
+        problems.append("--invariance must be 0 or more")
     if problems:
         raise UserError("bad settings:\n  " + "\n  ".join(problems))
 
@@ -976,7 +1076,7 @@ def peak_memory_mb():
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def train_or_load(args, paths, device, pool, clock):
+def train_or_load(args, paths, device, workers, clock):
     """Load the saved model and encode new GIFs, or decode all, train and encode."""
     settings = model_settings(args)
     model_path = args.gif_dir / MODEL_FILE
@@ -987,11 +1087,12 @@ def train_or_load(args, paths, device, pool, clock):
                  model_path)
         model_hash = hashlib.sha256(model_path.read_bytes()).hexdigest()
         cache = load_cache(args.gif_dir / CACHE_FILE, model_hash)
-        kept, latents = encode_gif_files(model, paths, args, device, pool, cache, clock)
+        kept, latents = encode_gif_files(model, paths, args, device, workers, cache,
+                                         clock)
         result = Encoded(model, kept, latents, checkpoint.get("loss_history"))
     else:
         with clock("decode"):
-            movies, kept = decode_movies(paths, args.max_frames, args.frame_size, pool)
+            movies, kept = decode_movies(paths, args.max_frames, args.frame_size, workers)
         log.info("decoded %d GIFs in %.1f s", len(kept), clock.seconds["decode"])
         if not kept:
             raise UserError(f"none of the {len(paths)} GIFs in {args.gif_dir} could be "
@@ -1093,11 +1194,8 @@ def run(args):
              args.frame_size, args.frame_size, device)
     seed_everything(args.seed)
     clock = StageClock()
-    with folder_lock(args.gif_dir), contextlib.ExitStack() as stack:
-        pool = decode_pool()
-        if pool is not None:
-            stack.callback(pool.terminate)
-        encoded = train_or_load(args, paths, device, pool, clock)
+    with folder_lock(args.gif_dir):
+        encoded = train_or_load(args, paths, device, decode_workers(), clock)
         names = [p.name for p in encoded.kept]
         f, k = (np.array(v, float) for v in zip(*map(parse_f_k_or_nan, names)))
         unnamed = [n for n, fv in zip(names, f) if np.isnan(fv)]

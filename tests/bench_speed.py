@@ -110,9 +110,10 @@ def flops_per_movie():
     batch = torch.rand(tool.BATCH_SIZE, 1, tool.MAX_FRAMES, tool.FRAME_SIZE,
                        tool.FRAME_SIZE)  # (batch, 1, frames, height, width)
     with FlopCounterMode(display=False) as train:
-        tool.training_loss(model, batch, torch.Generator().manual_seed(0)).backward()
+        loss, _ = tool.training_loss(model, batch, torch.Generator().manual_seed(0))
+        loss.backward()
     with FlopCounterMode(display=False) as encode, torch.no_grad():
-        tool.encode_batch(model, batch)
+        model.encode(batch)
     earlier = earlier_approach.EarlierAutoencoder()
     with FlopCounterMode(display=False) as old:
         torch.nn.functional.mse_loss(earlier(batch), batch).backward()
