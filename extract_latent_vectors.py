@@ -500,14 +500,14 @@ def training_loss(model, batch, generator, invariance=INVARIANCE):
 
 
 def train_model(movies, args, device):
-    """Fit the autoencoder to the movies; returns (model, loss per epoch)."""
+    """Fit the autoencoder to the movies; returns (model, losses per epoch)."""
     model = build_model(model_settings(args)).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
     generator = torch.Generator().manual_seed(args.seed)
     data = torch.from_numpy(movies)  # stays uint8 until a batch is made
     if device.type == "cuda":
         data = data.to(device)  # a few hundred MB at most; keeps the GPU fed
-    history = []
+    history = {"loss": [], "reconstruction": []}  # mean per epoch
     log.info("training on %d GIFs for %d epochs on %s", len(data), args.epochs, device)
     for epoch in range(1, args.epochs + 1):
         start, total, rebuilt = time.perf_counter(), 0.0, 0.0
@@ -527,9 +527,10 @@ def train_model(movies, args, device):
             optimiser.step()
             total += loss.item() * len(batch_ids)
             rebuilt += reconstruction.item() * len(batch_ids)
-        history.append(total / len(data))
+        history["loss"].append(total / len(data))
+        history["reconstruction"].append(rebuilt / len(data))
         log.info("epoch %3d/%d  loss %.5f (reconstruction %.5f)  %.1f s", epoch,
-                 args.epochs, history[-1], rebuilt / len(data),
+                 args.epochs, history["loss"][-1], history["reconstruction"][-1],
                  time.perf_counter() - start)
     return model, history
 
@@ -572,7 +573,8 @@ def save_checkpoint(path, model, settings, history, args, n_gifs):
     checkpoint = {
         "settings": settings,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "loss_history": history,
+        "loss_history": history["loss"],
+        "reconstruction_history": history.get("reconstruction", []),
         "training": {"epochs": args.epochs, "batch_size": args.batch_size,
                      "learning_rate": args.learning_rate, "seed": args.seed,
                      "invariance": args.invariance,
@@ -816,12 +818,18 @@ def plot_reconstructions(model, movies, names, device, path, n_frames=6):
 
 
 def plot_loss(history, path):
-    """The mean training loss per epoch."""
+    """The training loss per epoch, and the reconstruction error within it."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(range(1, len(history) + 1), history, marker="o")
-    ax.set(xlabel="epoch", ylabel="reconstruction MSE + invariance", yscale="log",
-           title="Autoencoder training loss")
+    epochs = range(1, len(history["loss"]) + 1)
+    ax.plot(epochs, history["loss"], marker="o", label="loss")
+    if history.get("reconstruction"):
+        ax.plot(epochs, history["reconstruction"], marker="s",
+                label="reconstruction (mean squared error)")
+    ax.set(xlabel="epoch", ylabel="loss per movie", yscale="log",
+           title="Autoencoder training")
+    ax.legend(loc="best")
+    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -1046,7 +1054,7 @@ class Encoded:
     model: MovieAutoencoder
     kept: list  # paths of the readable GIFs, sorted by name
     latents: np.ndarray  # (gifs, latent_dim) float32
-    history: list | None  # training loss per epoch, if known
+    history: dict | None  # loss and reconstruction error per epoch, if known
     movies: np.ndarray | None = None  # decoded movies, when this run trained
     written: list = dataclasses.field(default_factory=list)
 
@@ -1093,7 +1101,9 @@ def train_or_load(args, paths, device, workers, clock):
         cache = load_cache(args.gif_dir / CACHE_FILE, model_hash)
         kept, latents = encode_gif_files(model, paths, args, device, workers, cache,
                                          clock)
-        result = Encoded(model, kept, latents, checkpoint.get("loss_history"))
+        history = {"loss": checkpoint.get("loss_history") or [],
+                   "reconstruction": checkpoint.get("reconstruction_history") or []}
+        result = Encoded(model, kept, latents, history)
     else:
         with clock("decode"):
             movies, kept = decode_movies(paths, args.max_frames, args.frame_size, workers)
@@ -1179,7 +1189,7 @@ def plot_model(args, encoded, device):
     plot_reconstructions(encoded.model, movies, [p.name for p in shown], device,
                          args.gif_dir / RECONSTRUCTIONS_PNG)
     written.append(args.gif_dir / RECONSTRUCTIONS_PNG)
-    if encoded.history:
+    if encoded.history and encoded.history["loss"]:
         plot_loss(encoded.history, args.gif_dir / LOSS_PNG)
         written.append(args.gif_dir / LOSS_PNG)
     return written

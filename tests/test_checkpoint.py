@@ -31,20 +31,22 @@ def test_checkpoint_round_trip_gives_identical_encodings(tmp_path):
     cpu = torch.device("cpu")
     before = tool.encode_movies(model, movies, cpu)
 
-    tool.save_checkpoint(path, model, settings, [0.5, 0.25], args, n_gifs=5)
+    history = {"loss": [0.5, 0.25], "reconstruction": [0.05, 0.025]}
+    tool.save_checkpoint(path, model, settings, history, args, n_gifs=5)
     loaded, checkpoint = tool.load_checkpoint(path, settings)
     after = tool.encode_movies(loaded, movies, cpu)
 
     assert before.shape == (5, 8)
     assert np.array_equal(before, after)  # to the last digit
     assert checkpoint["loss_history"] == [0.5, 0.25]
+    assert checkpoint["reconstruction_history"] == [0.05, 0.025]
 
 
 def test_checkpoint_holds_settings_and_loads_with_weights_only(tmp_path):
     args = tool.parse_args(SMALL)
     path = tmp_path / tool.MODEL_FILE
-    tool.save_checkpoint(path, small_model(args), tool.model_settings(args), [0.1],
-                         args, n_gifs=3)
+    tool.save_checkpoint(path, small_model(args), tool.model_settings(args),
+                         {"loss": [0.1], "reconstruction": [0.01]}, args, n_gifs=3)
 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
 
@@ -95,7 +97,8 @@ def test_checkpoint_with_other_settings_is_refused_naming_each_difference(tmp_pa
     args = tool.parse_args(SMALL)
     settings = tool.model_settings(args)
     path = tmp_path / tool.MODEL_FILE
-    tool.save_checkpoint(path, small_model(args), settings, [0.1], args, n_gifs=1)
+    tool.save_checkpoint(path, small_model(args), settings, {"loss": [0.1]}, args,
+                         n_gifs=1)
     wanted = {**settings, **changed}
 
     with pytest.raises(tool.UserError) as refused:
@@ -119,7 +122,7 @@ def test_run_refuses_a_model_with_other_settings_and_leaves_it_untouched(tmp_pat
     args = tool.parse_args(SMALL)
     model_path = gif_dir / tool.MODEL_FILE
     tool.save_checkpoint(model_path, small_model(args), tool.model_settings(args),
-                         [0.1], args, n_gifs=3)
+                         {"loss": [0.1]}, args, n_gifs=3)
     before = sha256(model_path)
 
     refused = run_script("--gif-dir", gif_dir, "--latent-dim", "4", "--max-frames",

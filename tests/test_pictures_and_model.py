@@ -66,14 +66,16 @@ def test_reconstructions_show_each_gif_over_what_the_model_rebuilds(tmp_path):
     assert (np.abs(large.astype(int) - 128) < 40).all(-1).sum() > 3 * 6 * 40 * 40
 
 
-def test_loss_plot_is_written_with_a_curve_of_the_history(tmp_path):
+def test_loss_plot_draws_the_loss_and_the_reconstruction_error(tmp_path):
     path = tmp_path / tool.LOSS_PNG
 
-    tool.plot_loss([1.0, 0.5, 0.3, 0.25], path)
+    tool.plot_loss({"loss": [1.0, 0.5, 0.3, 0.25],
+                    "reconstruction": [0.1, 0.05, 0.03, 0.02]}, path)
 
     image = pixels(path)
     assert image.shape == (4 * DPI, 6 * DPI, 3)
-    assert count_colour(image, (0x1F, 0x77, 0xB4)) > 100  # the curve, in C0 blue
+    assert count_colour(image, (0x1F, 0x77, 0xB4)) > 100  # the loss, in C0 blue
+    assert count_colour(image, (0xFF, 0x7F, 0x0E)) > 100  # reconstruction, C1
 
 
 def test_latent_is_the_same_when_the_movie_is_moved_round_the_periodic_grid():
