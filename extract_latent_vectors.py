@@ -822,12 +822,14 @@ def plot_loss(history, path):
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = range(1, len(history["loss"]) + 1)
-    ax.plot(epochs, history["loss"], marker="o", label="loss")
+    ax.plot(epochs, history["loss"], marker="o",
+            label="loss (reconstruction + invariance)")
     if history.get("reconstruction"):
         ax.plot(epochs, history["reconstruction"], marker="s",
                 label="reconstruction (mean squared error)")
     ax.set(xlabel="epoch", ylabel="loss per movie", yscale="log",
            title="Autoencoder training")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
     ax.legend(loc="best")
     fig.tight_layout()
     save_figure(fig, path)
