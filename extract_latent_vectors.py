@@ -394,8 +394,9 @@ class MovieAutoencoder(nn.Module):
             PeriodicConv3d(width, 2 * width, 3, 2),
             PeriodicConv3d(2 * width, 4 * width, 3, 2),
         ])
-        # (channels x time steps) of layers 1-3, each pooled to a mean and a spread
-        n_statistics = 2 * 3 * width * max_frames // 2
+        # each layer has width * max_frames / 2 (channel, time step) pairs, and each
+        # pair gives a mean and a spread over the grid
+        n_statistics = 3 * (width * max_frames // 2) * 2
         self.to_latent = nn.Linear(n_statistics, latent_dim)
         self.from_latent = nn.Linear(latent_dim, math.prod(self.code_shape))
         self.decoder = nn.Sequential(
@@ -466,7 +467,8 @@ def to_batch(movies, device):
 
 def augment(batch, generator):
     """Shift, turn and flip a batch by a random symmetry of the periodic grid."""
-    # a pattern means the same thing moved round the torus, turned or mirrored
+    # a pattern means the same thing moved round the torus, turned or mirrored;
+    # one draw of four numbers below 4 * size gives turns, flip and shift alike
     turns, flip, dy, dx = torch.randint(0, 4 * batch.shape[-1], (4,),
                                         generator=generator).tolist()
     batch = torch.roll(batch, (dy, dx), dims=(3, 4))
