@@ -75,6 +75,28 @@ def standardise(features):
     return (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
 
 
+def leave_point_out(distance, classes, f, k):
+    """Each run's class by vote of its nearest runs at other (f, k) points."""
+    point = np.array([f"{a:.5f},{b:.5f}" for a, b in zip(f, k)])
+    predicted = []
+    for i in range(len(distance)):
+        others = np.where(point != point[i])[0]
+        nearest = others[np.argsort(distance[i, others], kind="stable")[:NEIGHBOURS]]
+        votes, counts = np.unique(classes[nearest], return_counts=True)
+        tied = set(votes[counts == counts.max()])
+        predicted.append(next(c for c in classes[nearest] if c in tied))  # nearest wins
+    return np.array(predicted)
+
+
+def recall_by_class(features, classes, f, k):
+    """Share of each class's runs that leave_point_out predicts right."""
+    x = standardise(np.asarray(features, np.float64))
+    distance = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    classes = np.asarray(classes)
+    predicted = leave_point_out(distance, classes, f, k)
+    return {c: float(np.mean(predicted[classes == c] == c)) for c in np.unique(classes)}
+
+
 def score(features, classes, f, k):
     """The benchmark's five figures for one set of features."""
     from sklearn.cluster import KMeans
@@ -88,15 +110,7 @@ def score(features, classes, f, k):
     np.fill_diagonal(distance, np.inf)
     nn_same = np.mean(classes[distance.argmin(1)] == classes)
 
-    point = np.array([f"{a:.5f},{b:.5f}" for a, b in zip(f, k)])
-    predicted = []
-    for i in range(len(x)):
-        others = np.where(point != point[i])[0]
-        nearest = others[np.argsort(distance[i, others], kind="stable")[:NEIGHBOURS]]
-        votes, counts = np.unique(classes[nearest], return_counts=True)
-        tied = set(votes[counts == counts.max()])
-        predicted.append(next(c for c in classes[nearest] if c in tied))  # nearest wins
-    bal_acc = balanced_accuracy_score(classes, predicted)
+    bal_acc = balanced_accuracy_score(classes, leave_point_out(distance, classes, f, k))
 
     n_classes = len(np.unique(classes))
     labels = KMeans(n_classes, n_init=10, random_state=SEED).fit_predict(x)
@@ -170,12 +184,13 @@ def main(argv=None):
         latents = read_latents(args.gif_dir / tool.LATENT_CSV)
         table["tool latents (last run)"] = score(
             np.stack([latents[n] for n in names]), classes, f, k)
+        tool_features = np.stack([latents[n] for n in names])
     else:
         # the default seed last, so the folder is left with the default model
         for seed in [tool.SEED + i for i in range(1, args.seeds)] + [tool.SEED]:
             latents = run_tool(args.gif_dir, seed)
-            table[f"tool latents, seed {seed}"] = score(
-                np.stack([latents[n] for n in names]), classes, f, k)
+            tool_features = np.stack([latents[n] for n in names])
+            table[f"tool latents, seed {seed}"] = score(tool_features, classes, f, k)
         if args.seeds > 1:
             runs = list(table.values())
             table[f"**tool latents, mean of {args.seeds} seeds**"] = {
@@ -197,6 +212,11 @@ def main(argv=None):
     print("|---|" + "---|" * len(columns))
     for name, figures in table.items():
         print(f"| {name} | " + " | ".join(f"{figures[c]:.3f}" for c in columns) + " |")
+    print("\nrecall per class (where the balanced accuracy is won and lost):")
+    for name, features in (("tool latents (last run)", tool_features),
+                           ("(f, k) alone", np.stack([f, k], 1))):
+        recalls = recall_by_class(features, classes, f, k)
+        print(f"  {name}: " + ", ".join(f"{c} {r:.2f}" for c, r in recalls.items()))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 
