@@ -201,6 +201,10 @@ def read_movie(path, max_frames=MAX_FRAMES, frame_size=FRAME_SIZE):
     None, or says what was recovered from a damaged file.
     """
     check_gif_header(path)
+    # frames that share one palette stay palette images, which turn into grey far
+    # faster than the RGB copy of every frame that Pillow makes by default
+    GifImagePlugin.LOADING_STRATEGY = (
+        GifImagePlugin.LoadingStrategy.RGB_AFTER_DIFFERENT_PALETTE_ONLY)
     try:
         with _PaletteKeepingGif(path) as gif:
             if gif.format != "GIF":
