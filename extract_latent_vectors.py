@@ -374,10 +374,9 @@ class PeriodicConv3d(nn.Conv3d):
         self.space_pad = ((kw - sw + 1) // 2, (kw - sw) // 2,
                           (kh - sh + 1) // 2, (kh - sh) // 2, 0, 0)
         self.time_pad = (0, 0, 0, 0, (kt - st + 1) // 2, (kt - st) // 2)
-        self.space_mode = "circular"
 
     def forward(self, x):
-        x = F.pad(x, self.space_pad, mode=self.space_mode)
+        x = F.pad(x, self.space_pad, mode="circular")
         return super().forward(F.pad(x, self.time_pad))
 
 
@@ -575,7 +574,10 @@ def atomic_write(path, write):
 
 
 def save_checkpoint(path, model, settings, history, args, n_gifs):
-    """Save the weights with everything needed to rebuild and judge them."""
+    """Save the weights with everything needed to rebuild and judge them.
+
+    Returns the SHA-256 of the file written, which keys the latent cache.
+    """
     checkpoint = {
         "settings": settings,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -591,6 +593,7 @@ def save_checkpoint(path, model, settings, history, args, n_gifs):
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     atomic_write(path, lambda fh: fh.write(buffer.getbuffer()))
+    return hashlib.sha256(buffer.getbuffer()).hexdigest()
 
 
 def load_checkpoint(path, settings):
@@ -866,10 +869,11 @@ def write_csv(path, header, rows):
     atomic_write(path, write)
 
 
-def latent_table(names, latents):
-    """Header and rows of filename, f, k, z0..zN."""
+def latent_table(names, f, k, latents):
+    """Header and rows of filename, f, k, z0..zN (NaN f and k give empty cells)."""
     header = ["filename", "f", "k"] + [f"z{i}" for i in range(latents.shape[1])]
-    rows = [[name, *parse_f_k(name), *vector] for name, vector in zip(names, latents)]
+    rows = [[name, fv, kv, *vector]
+            for name, fv, kv, vector in zip(names, f, k, latents)]
     return header, rows
 
 
@@ -1096,6 +1100,12 @@ def peak_memory_mb():
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def none_readable(args, paths):
+    """The error for a folder in which no GIF could be read."""
+    return UserError(f"none of the {len(paths)} GIFs in {args.gif_dir} could be read "
+                     "(see the warnings above)")
+
+
 def train_or_load(args, paths, device, workers, clock):
     """Load the saved model and encode new GIFs, or decode all, train and encode."""
     settings = model_settings(args)
@@ -1109,6 +1119,8 @@ def train_or_load(args, paths, device, workers, clock):
         cache = load_cache(args.gif_dir / CACHE_FILE, model_hash)
         kept, latents = encode_gif_files(model, paths, args, device, workers, cache,
                                          clock)
+        if not kept:
+            raise none_readable(args, paths)
         history = {"loss": checkpoint.get("loss_history") or [],
                    "reconstruction": checkpoint.get("reconstruction_history") or []}
         result = Encoded(model, kept, latents, history)
@@ -1117,8 +1129,7 @@ def train_or_load(args, paths, device, workers, clock):
             movies, kept = decode_movies(paths, args.max_frames, args.frame_size, workers)
         log.info("decoded %d GIFs in %.1f s", len(kept), clock.seconds["decode"])
         if not kept:
-            raise UserError(f"none of the {len(paths)} GIFs in {args.gif_dir} could be "
-                            "read (see the warnings above)")
+            raise none_readable(args, paths)
         with clock("train"):
             model, history = train_model(movies, args, device)
         with clock("encode"):
@@ -1129,12 +1140,9 @@ def train_or_load(args, paths, device, workers, clock):
                             "infinite; the model was not saved. Try a lower "
                             "--learning-rate.")
         with clock("writing"):
-            save_checkpoint(model_path, model, settings, history, args, len(kept))
-        model_hash = hashlib.sha256(model_path.read_bytes()).hexdigest()
+            model_hash = save_checkpoint(model_path, model, settings, history, args,
+                                         len(kept))
         result = Encoded(model, kept, latents, history, movies, [model_path])
-    if not result.kept:
-        raise UserError(f"none of the {len(paths)} GIFs in {args.gif_dir} could be "
-                        "read (see the warnings above)")
     with clock("writing"):
         save_cache(args.gif_dir / CACHE_FILE, model_hash,
                    [file_stamp(p) for p in result.kept], result.latents)
@@ -1165,13 +1173,11 @@ def map_and_cluster(args, encoded, f, k, clock):
     return coords, clusters, written
 
 
-def write_tables(args, encoded, coords, clusters, clusters_path):
+def write_tables(args, encoded, f, k, coords, clusters, clusters_path):
     """The latent CSV and the combined CSV (merged with the users' clustering)."""
     names = [p.name for p in encoded.kept]
-    header, rows = latent_table(names, encoded.latents)
+    header, rows = latent_table(names, f, k, encoded.latents)
     write_csv(args.gif_dir / LATENT_CSV, header, rows)
-    f = np.array([np.nan if r[1] is None else r[1] for r in rows], float)
-    k = np.array([np.nan if r[2] is None else r[2] for r in rows], float)
     extra_header, extra = ["cluster"], [[c] for c in clusters]
     if clusters_path.is_file():
         merged = merge_clusters(names, f, k, clusters_path)
@@ -1227,7 +1233,8 @@ def run(args):
                         ", ".join(unnamed[:3]))
         coords, clusters, maps = map_and_cluster(args, encoded, f, k, clock)
         with clock("writing"):
-            tables = write_tables(args, encoded, coords, clusters, clusters_path)
+            tables = write_tables(args, encoded, f, k, coords, clusters,
+                                  clusters_path)
             pictures = plot_model(args, encoded, device)
     log.info(clock.summary())
     log.info("wrote %s", ", ".join(str(p) for p in

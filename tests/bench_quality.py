@@ -69,10 +69,12 @@ def read_latents(path):
     return {r["filename"]: np.array([float(r[c]) for c in columns]) for r in rows}
 
 
-def standardise(features):
-    """Zero mean, unit variance per column (constant columns left at zero)."""
-    spread = features.std(axis=0)
-    return (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+def distances(features):
+    """Standardised features and their squared distances (a run to itself: inf)."""
+    x = tool.standardise(np.asarray(features, np.float64))
+    distance = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(distance, np.inf)
+    return x, distance
 
 
 def leave_point_out(distance, classes, f, k):
@@ -90,8 +92,7 @@ def leave_point_out(distance, classes, f, k):
 
 def recall_by_class(features, classes, f, k):
     """Share of each class's runs that leave_point_out predicts right."""
-    x = standardise(np.asarray(features, np.float64))
-    distance = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    _, distance = distances(features)
     classes = np.asarray(classes)
     predicted = leave_point_out(distance, classes, f, k)
     return {c: float(np.mean(predicted[classes == c] == c)) for c in np.unique(classes)}
@@ -104,10 +105,8 @@ def score(features, classes, f, k):
     from sklearn.model_selection import KFold, cross_val_score
     from sklearn.neighbors import KNeighborsRegressor
 
-    x = standardise(np.asarray(features, np.float64))
+    x, distance = distances(features)
     classes = np.asarray(classes)
-    distance = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(distance, np.inf)
     nn_same = np.mean(classes[distance.argmin(1)] == classes)
 
     bal_acc = balanced_accuracy_score(classes, leave_point_out(distance, classes, f, k))
