@@ -176,6 +176,13 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def run_main(folder, *flags):
+    """Run the tool in this process with the FAST settings; returns its exit status."""
+    import extract_latent_vectors
+
+    return extract_latent_vectors.main(["--gif-dir", str(folder), *FAST, *flags])
+
+
 @pytest.fixture
 def gif_dir(tmp_path):
     """An empty folder for GIFs."""

@@ -6,7 +6,6 @@ user owns is modified, and nothing foreign is executed.
 """
 
 import csv
-import hashlib
 import io
 import logging
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, SCRIPT
+from conftest import FAST, SCRIPT, run_main, sha256
 from conftest import REPO as ROOT
 from PIL import Image, ImageSequence
 
@@ -102,19 +101,10 @@ BAD_FILES = {
 }
 
 
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def read_csv(path):
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
     return rows[0], rows[1:]
-
-
-def run_main(folder, *flags):
-    """Run the tool in this process; returns its exit status."""
-    return tool.main(["--gif-dir", str(folder), *FAST, *flags])
 
 
 def messages(caplog, level=logging.WARNING):

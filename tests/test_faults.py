@@ -9,7 +9,6 @@ import builtins
 import csv
 import errno
 import fcntl
-import hashlib
 import io
 import logging
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, SCRIPT
+from conftest import FAST, SCRIPT, run_main, sha256
 from PIL import Image
 
 import extract_latent_vectors as tool
@@ -47,10 +46,6 @@ def write_gif(path, n_frames=6, size=16, seed=0):
               for t in range(n_frames)]
     frames[0].save(path, "GIF", save_all=True, append_images=frames[1:])
     return path
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def snapshot(folder):
@@ -95,11 +90,6 @@ def assert_old_or_whole(folder, before, n_gifs):
 
 def outputs(folder):
     return {name for name in snapshot(folder) if not name.endswith(".gif")}
-
-
-def run_main(folder, *flags):
-    """Run the tool in this process; returns its exit status."""
-    return tool.main(["--gif-dir", str(folder), *FAST, *flags])
 
 
 def errors(caplog):
