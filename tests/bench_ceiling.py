@@ -14,6 +14,7 @@ leave-one-point-out 5-nearest-neighbour rule, three ways, each kinder than the l
 
     python tests/bench_ceiling.py                  # after bench_quality.py made the set
     python tests/bench_ceiling.py --tries 300
+    python tests/bench_ceiling.py --steps 50000   # runs 5x longer, in their own folder
 
 Not part of the test suite: it takes a few minutes and prints a table.
 """
@@ -136,14 +137,24 @@ def main(argv=None):
     from sklearn.linear_model import LogisticRegression
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gif-dir", type=Path, default=bench_quality.CACHE_DIR,
-                        help="where the labelled GIFs are cached")
+    parser.add_argument("--gif-dir", type=Path,
+                        help="where the labelled GIFs are cached (default: the "
+                             "benchmark's folder, or one per --steps)")
+    parser.add_argument("--steps", type=int, default=grayscott_sim.STEPS,
+                        help="simulation steps per run, still written as 129 frames "
+                             f"(default {grayscott_sim.STEPS}, the users' setting)")
     parser.add_argument("--tries", type=int, default=100,
                         help="random block weightings to try (default 100)")
     args = parser.parse_args(argv)
 
+    if args.gif_dir is None:
+        args.gif_dir = bench_quality.CACHE_DIR
+        if args.steps != grayscott_sim.STEPS:
+            args.gif_dir = args.gif_dir.with_name(f"labelled-{args.steps}-steps")
+
     start = time.perf_counter()
-    grayscott_sim.make_labelled_set(args.gif_dir, bench_quality.CLASSES_CSV)
+    grayscott_sim.make_labelled_set(args.gif_dir, bench_quality.CLASSES_CSV,
+                                    steps=args.steps)
     labels = bench_quality.read_labels(args.gif_dir)
     names = sorted(labels)
     f = np.array([labels[n][0] for n in names])

@@ -324,7 +324,8 @@ def read_points(csv_path, max_f=MAX_F):
 
 
 def make_labelled_set(
-    out_dir, csv_path, runs_per_point=RUNS_PER_POINT, max_f=MAX_F, workers=None
+    out_dir, csv_path, runs_per_point=RUNS_PER_POINT, max_f=MAX_F, workers=None,
+    steps=STEPS,
 ):
     """Simulate runs of every classes-CSV point, write GIFs and a labels table."""
     runs = [
@@ -346,6 +347,8 @@ def make_labelled_set(
             [f for _, f, _, _ in jobs],
             [k for _, _, k, _ in jobs],
             [run_seed(f, k, run) for _, f, k, run in jobs],
+            steps=steps,
+            frame_every=steps // (STEPS // FRAME_EVERY),  # 129 frames at any length
             workers=workers,
         )  # (runs, 129, 128, 128)
         for (_, f, k, run), movie in zip(jobs, movies):
