@@ -15,6 +15,7 @@ leave-one-point-out 5-nearest-neighbour rule, three ways, each kinder than the l
     python tests/bench_ceiling.py                  # after bench_quality.py made the set
     python tests/bench_ceiling.py --tries 300
     python tests/bench_ceiling.py --steps 50000   # runs 5x longer, in their own folder
+    python tests/bench_ceiling.py --frames 32 --frame-size 64   # what the tool reads
 
 Not part of the test suite: it takes a few minutes and prints a table.
 """
@@ -35,7 +36,7 @@ import grayscott_sim
 import extract_latent_vectors as tool
 
 FRAMES, SIZE = 129, 128  # the simulator's movies, every frame at full size
-LATE_FRAMES = 16  # the last frames, where the settled pattern shows
+LATE_SHARE = 8  # the last 1/8 of the frames, where the settled pattern shows
 THRESHOLDS = (0.3, 0.5, 0.7)  # grey levels (u) that cut a frame into pattern and not
 WEIGHTS = (0, 0, 0.5, 1, 2)  # a random block weighting draws each weight from these
 GOAL = 0.70  # the balanced accuracy issue 3 asks for
@@ -57,18 +58,19 @@ def minkowski(pattern):
 def radial_spectrum(frames, bins=40):
     """Radial power spectrum of each frame, lowest `bins` wave numbers."""
     power = np.abs(np.fft.fft2(frames - frames.mean((-2, -1), keepdims=True))) ** 2
-    fy, fx = np.meshgrid(np.fft.fftfreq(SIZE), np.fft.fftfreq(SIZE), indexing="ij")
-    radius = np.minimum((np.hypot(fx, fy) * SIZE).astype(int), bins - 1).ravel()
+    size = frames.shape[-1]
+    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
+    radius = np.minimum((np.hypot(fx, fy) * size).astype(int), bins - 1).ravel()
     return np.stack([np.bincount(radius, p.ravel(), minlength=bins) for p in power])
 
 
-def descriptor_blocks(paths):
-    """name -> (runs, columns) descriptor block, from the full movies."""
+def descriptor_blocks(paths, frames=FRAMES, size=SIZE):
+    """name -> (runs, columns) descriptor block, from movies read at this size."""
     blocks = {}
     for path in paths:
-        movie, _ = tool.read_movie(path, FRAMES, SIZE)
+        movie, _ = tool.read_movie(path, frames, size)
         u = movie.astype(np.float32) / 255  # (frames, height, width)
-        late = u[-LATE_FRAMES:]
+        late = u[-(frames // LATE_SHARE):]
         row = {
             "mean u per frame": u.mean((1, 2)),
             "spread of u per frame": u.std((1, 2)),
@@ -143,6 +145,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=grayscott_sim.STEPS,
                         help="simulation steps per run, still written as 129 frames "
                              f"(default {grayscott_sim.STEPS}, the users' setting)")
+    parser.add_argument("--frames", type=int, default=FRAMES,
+                        help=f"frames read per movie (default {FRAMES}: all)")
+    parser.add_argument("--frame-size", type=int, default=SIZE,
+                        help=f"frames resized to this many pixels (default {SIZE}; "
+                             f"the tool reads {tool.MAX_FRAMES} of {tool.FRAME_SIZE})")
     parser.add_argument("--tries", type=int, default=100,
                         help="random block weightings to try (default 100)")
     args = parser.parse_args(argv)
@@ -160,7 +167,8 @@ def main(argv=None):
     f = np.array([labels[n][0] for n in names])
     k = np.array([labels[n][1] for n in names])
     classes = np.array([labels[n][2] for n in names])
-    blocks = descriptor_blocks([args.gif_dir / n for n in names])
+    blocks = descriptor_blocks([args.gif_dir / n for n in names], args.frames,
+                               args.frame_size)
     print(f"{len(blocks)} descriptor blocks of {len(names)} runs: "
           f"{time.perf_counter() - start:.0f} s", flush=True)
 
@@ -190,10 +198,11 @@ def main(argv=None):
     for name, value in rows.items():
         print(f"| {name} | {value:.3f} |")
     print(f"\nbest weighting: {', '.join(f'{n} {w:g}' for n, w in weights.items() if w)}")
-    highest = max(rows.values())
-    target = max(GOAL, rows["(f, k) alone, for comparison"] + 0.10)
-    print(f"highest figure {highest:.3f}; issue 3 asks the latents for {target:.3f} "
-          f"({'within' if highest >= target else 'out of'} reach of these features)")
+    fk_alone = rows.pop("(f, k) alone, for comparison")
+    highest, target = max(rows.values()), max(GOAL, fk_alone + 0.10)
+    verdict = "reaches" if highest >= target else "falls short of"
+    print(f"the best of these features, {highest:.3f}, {verdict} the {target:.3f} "
+          "that issue 3 asks for (0.70, and 0.10 above (f, k) alone)")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 
