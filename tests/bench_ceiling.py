@@ -101,8 +101,7 @@ def balanced_accuracy(features, classes, f, k):
     """The benchmark's leave-one-point-out 5-nearest-neighbour balanced accuracy."""
     from sklearn.metrics import balanced_accuracy_score
 
-    _, distance = bench_quality.distances(features)
-    predicted = bench_quality.leave_point_out(distance, classes, f, k)
+    predicted = bench_quality.predict_classes(features, classes, f, k)
     return balanced_accuracy_score(classes, predicted)
 
 
@@ -125,7 +124,7 @@ def supervised(features, classes, f, k, model):
     from sklearn.base import clone
     from sklearn.metrics import balanced_accuracy_score
 
-    point = np.array([f"{a:.5f},{b:.5f}" for a, b in zip(f, k)])
+    point = bench_quality.point_ids(f, k)
     predicted = np.empty(len(classes), dtype=object)
     for held_out in np.unique(point):
         test = point == held_out
@@ -162,11 +161,7 @@ def main(argv=None):
     start = time.perf_counter()
     grayscott_sim.make_labelled_set(args.gif_dir, bench_quality.CLASSES_CSV,
                                     steps=args.steps)
-    labels = bench_quality.read_labels(args.gif_dir)
-    names = sorted(labels)
-    f = np.array([labels[n][0] for n in names])
-    k = np.array([labels[n][1] for n in names])
-    classes = np.array([labels[n][2] for n in names])
+    names, f, k, classes = bench_quality.labelled_runs(args.gif_dir)
     blocks = descriptor_blocks([args.gif_dir / n for n in names], args.frames,
                                args.frame_size)
     print(f"{len(blocks)} descriptor blocks of {len(names)} runs: "

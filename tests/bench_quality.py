@@ -51,6 +51,14 @@ def read_labels(gif_dir):
                 for r in csv.DictReader(fh)}
 
 
+def labelled_runs(gif_dir):
+    """Names of the labelled runs, sorted, with their f, k and class arrays."""
+    labels = read_labels(gif_dir)
+    names = sorted(labels)
+    f, k, classes = (np.array(column) for column in zip(*(labels[n] for n in names)))
+    return names, f, k, classes
+
+
 def run_tool(gif_dir, seed=tool.SEED):
     """Train the tool from scratch with its defaults; return its latent table."""
     start = time.perf_counter()
@@ -77,9 +85,14 @@ def distances(features):
     return x, distance
 
 
+def point_ids(f, k):
+    """One id per run, the same for all runs of one (f, k) point."""
+    return np.array([f"{a:.5f},{b:.5f}" for a, b in zip(f, k)])
+
+
 def leave_point_out(distance, classes, f, k):
     """Each run's class by vote of its nearest runs at other (f, k) points."""
-    point = np.array([f"{a:.5f},{b:.5f}" for a, b in zip(f, k)])
+    point = point_ids(f, k)
     predicted = []
     for i in range(len(distance)):
         others = np.where(point != point[i])[0]
@@ -90,11 +103,16 @@ def leave_point_out(distance, classes, f, k):
     return np.array(predicted)
 
 
+def predict_classes(features, classes, f, k):
+    """leave_point_out's prediction for every run, from raw features."""
+    _, distance = distances(features)
+    return leave_point_out(distance, np.asarray(classes), f, k)
+
+
 def recall_by_class(features, classes, f, k):
     """Share of each class's runs that leave_point_out predicts right."""
-    _, distance = distances(features)
     classes = np.asarray(classes)
-    predicted = leave_point_out(distance, classes, f, k)
+    predicted = predict_classes(features, classes, f, k)
     return {c: float(np.mean(predicted[classes == c] == c)) for c in np.unique(classes)}
 
 
@@ -169,21 +187,16 @@ def main(argv=None):
     start = time.perf_counter()
     grayscott_sim.make_labelled_set(args.gif_dir, CLASSES_CSV)
     print(f"labelled set ready: {time.perf_counter() - start:.0f} s", flush=True)
-    labels = read_labels(args.gif_dir)
-    names = sorted(labels)
+    names, f, k, classes = labelled_runs(args.gif_dir)
     paths = [args.gif_dir / n for n in names]
-    f = np.array([labels[n][0] for n in names])
-    k = np.array([labels[n][1] for n in names])
-    classes = [labels[n][2] for n in names]
     counts = {str(c): int(n) for c, n in zip(*np.unique(classes, return_counts=True))}
     print(f"{len(names)} runs, {len(counts)} classes: {counts}")
 
     table = {}
     if args.skip_tool:
         latents = read_latents(args.gif_dir / tool.LATENT_CSV)
-        table["tool latents (last run)"] = score(
-            np.stack([latents[n] for n in names]), classes, f, k)
         tool_features = np.stack([latents[n] for n in names])
+        table["tool latents (last run)"] = score(tool_features, classes, f, k)
     else:
         # the default seed last, so the folder is left with the default model
         for seed in [tool.SEED + i for i in range(1, args.seeds)] + [tool.SEED]:
