@@ -228,6 +228,11 @@ def _ends_with_trailer(path):
         return fh.read(1) == b";"
 
 
+# what Pillow raises on a damaged or cut-off frame, depending on where it breaks
+_FRAME_ERRORS = (OSError, EOFError, SyntaxError, IndexError, KeyError, ValueError,
+                 struct.error)
+
+
 def _read_frames(gif, max_frames, frame_size):
     """Pick evenly spread frames; fall back to the readable ones of a cut-off file."""
     try:
@@ -244,12 +249,10 @@ def _read_frames(gif, max_frames, frame_size):
                 if index >= wanted[-1]:
                     break
             return np.stack([picked[i] for i in wanted]), None
-        except (OSError, EOFError, SyntaxError, IndexError, KeyError, ValueError,
-                struct.error):
+        except _FRAME_ERRORS:
             pass  # damaged frame: read again, keeping what comes before it
     frames = []
-    with contextlib.suppress(OSError, EOFError, SyntaxError, IndexError, KeyError,
-                             ValueError, struct.error):
+    with contextlib.suppress(*_FRAME_ERRORS):
         for frame in ImageSequence.Iterator(gif):
             frames.append(frame_to_grey(frame, frame_size))
     if not frames:
