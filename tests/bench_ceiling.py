@@ -37,6 +37,7 @@ import extract_latent_vectors as tool
 
 FRAMES, SIZE = 129, 128  # the simulator's movies, every frame at full size
 LATE_SHARE = 8  # the last 1/8 of the frames, where the settled pattern shows
+SPECTRUM_BINS = 40  # wave numbers of the radial power spectrum kept
 THRESHOLDS = (0.3, 0.5, 0.7)  # grey levels (u) that cut a frame into pattern and not
 WEIGHTS = (0, 0, 0.5, 1, 2)  # a random block weighting draws each weight from these
 GOAL = 0.70  # the balanced accuracy issue 3 asks for
@@ -55,15 +56,6 @@ def minkowski(pattern):
     return pattern.mean((-2, -1)), perimeter / pattern[0].size, euler
 
 
-def radial_spectrum(frames, bins=40):
-    """Radial power spectrum of each frame, lowest `bins` wave numbers."""
-    power = np.abs(np.fft.fft2(frames - frames.mean((-2, -1), keepdims=True))) ** 2
-    size = frames.shape[-1]
-    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
-    radius = np.minimum((np.hypot(fx, fy) * size).astype(int), bins - 1).ravel()
-    return np.stack([np.bincount(radius, p.ravel(), minlength=bins) for p in power])
-
-
 def descriptor_blocks(paths, frames=FRAMES, size=SIZE):
     """name -> (runs, columns) descriptor block, from movies read at this size."""
     blocks = {}
@@ -75,7 +67,8 @@ def descriptor_blocks(paths, frames=FRAMES, size=SIZE):
             "mean u per frame": u.mean((1, 2)),
             "spread of u per frame": u.std((1, 2)),
             "change per frame": np.abs(np.diff(u, axis=0)).mean((1, 2)),
-            "spectrum of late frames": np.log1p(radial_spectrum(late).mean(0)),
+            "spectrum of late frames": np.log1p(
+                bench_quality.radial_spectrum(late, SPECTRUM_BINS).mean(0)),
             "histogram of late frames": np.histogram(late, 16, (0, 1))[0] / late.size,
         }
         for threshold in THRESHOLDS:

@@ -149,16 +149,23 @@ def pca_of_frames(movies, dims=32):
     return PCA(min(dims, len(flat)), random_state=SEED).fit_transform(flat)
 
 
+def radial_spectrum(frames, bins):
+    """Radial power spectrum of each (frames, size, size) frame, lowest `bins` wave
+    numbers; the last bin also holds every higher one."""
+    power = np.abs(np.fft.fft2(frames - frames.mean((-2, -1), keepdims=True))) ** 2
+    size = frames.shape[-1]
+    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
+    radius = np.minimum((np.hypot(fx, fy) * size).astype(int), bins - 1).ravel()
+    return np.stack([np.bincount(radius, p.ravel(), minlength=bins) for p in power])
+
+
 def physicist_descriptor(paths):
     """Radial power spectrum of the last frame plus the mean frame-to-frame change."""
     features = []
     for path in paths:
         movie, _ = tool.read_movie(path, 129, 128)  # every frame at full size
         last = movie[-1].astype(np.float64) / 255.0
-        power = np.abs(np.fft.fft2(last - last.mean())) ** 2
-        fy, fx = np.meshgrid(np.fft.fftfreq(128), np.fft.fftfreq(128), indexing="ij")
-        radius = np.minimum((np.hypot(fx, fy) * 128).astype(int), 63)
-        spectrum = np.bincount(radius.ravel(), power.ravel(), minlength=64)[:64]
+        spectrum = radial_spectrum(last[None], bins=64)[0]
         change = np.abs(np.diff(movie.astype(np.float64) / 255.0, axis=0)).mean()
         features.append(np.concatenate([np.log1p(spectrum), [change]]))
     return np.array(features)
